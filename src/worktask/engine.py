@@ -7,13 +7,15 @@ No HTTP here. The API calls `submit`, `get`, `result`, `cancel`, `tasks` and wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from worktask import tasktypes
 from worktask.exceptions import (
@@ -33,7 +35,7 @@ _INLINE_CHARS = 2_000  # data up to this length is transformed on the event loop
 _TOMBSTONES = 100_000  # evicted ids whose finishing time is remembered for the 410 detail
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Where a task is in its life. The last three are final."""
 
     QUEUED = "queued"  # accepted, waiting for the tasks before it
@@ -88,7 +90,7 @@ class Counters:
     evicted: int = 0
 
 
-Listener = Callable[[Task], None]
+Listener = Callable[[Task | None], None]  # None: the engine is stopping
 
 
 @dataclass
@@ -129,22 +131,23 @@ class Engine:
         self._executor = asyncio.create_task(self._execute_forever(), name="worktask-executor")
         self._schedule_sweep()
 
-    async def close(self) -> None:
-        """Stop executing, wake every waiter for the last time, and forget nothing else."""
+    def stop_waiting(self) -> None:
+        """Wake every waiter for the last time: the server is stopping."""
         self.closing = True
-        self._wake_all()
+        for task in self._tasks.values():
+            self._resolve(task)
+        for listener in self._listeners:
+            listener(None)
+
+    async def close(self) -> None:
+        """Stop executing and release every waiter."""
+        self.stop_waiting()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._executor is not None:
             self._executor.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._executor
-            except asyncio.CancelledError:
-                pass
-
-    def _wake_all(self) -> None:
-        for task in self._tasks.values():
-            self._resolve(task)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -207,9 +210,13 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def queued(self) -> Iterator[Task]:
-        """The queued tasks, next to run first."""
-        return iter(self._queue)
+    def queued(self, limit: int) -> list[Task]:
+        """The first queued tasks, next to run first."""
+        return list(itertools.islice(self._queue, limit))
+
+    def recent(self, limit: int) -> list[Task]:
+        """The tasks that finished last, newest first."""
+        return list(itertools.islice(reversed(self._finished), limit))
 
     # -- commands -----------------------------------------------------------------------
 
@@ -262,7 +269,10 @@ class Engine:
         return waiter
 
     def listen(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener(task)` on every change of any task; returns the function to stop."""
+        """Call `listener(task)` on every change of any task, and `listener(None)` on stopping.
+
+        Returns the function that stops the calls.
+        """
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 

@@ -1,0 +1,154 @@
+"""The gateway: the ASGI layer in front of the application.
+
+It does, for every request, what no route should repeat: the instance header, the bearer
+token, the body size limit. It also serves the hottest routes, `GET /tasks/{id}` and
+`POST /tasks`, straight from `worktask.api`'s framework-free functions, since routing and
+response objects cost more than the work itself there.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from worktask import api
+from worktask.engine import Engine
+from worktask.exceptions import EngineError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INSTANCE_HEADER = b"x-worktask-instance"
+_OPEN_PATHS = ("/healthz",)  # answered without a token
+_OPEN_PREFIXES = ("/ui/",)  # the dashboard's static files carry no data
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the limit."""
+
+
+class Gateway:
+    """Wraps the application with the checks and fast paths every request goes through."""
+
+    def __init__(
+        self, app: ASGIApp, engine: Engine, instance: str, token: str | None, max_body: int
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self.instance = instance.encode()
+        self.token = None if token is None else ("Bearer " + token).encode()
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = self._stamped(send)
+        path: str = scope["path"]
+        if self.token is not None and not self._authorized(scope, path):
+            await self._reply(send, _unauthorized())
+            return
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body:
+                await self._reply(send, _too_large(self.max_body))
+                return
+            if path == "/tasks":
+                await self._submit(receive, send)
+                return
+        elif scope["method"] == "GET" and path.startswith("/tasks/") and "/" not in path[7:]:
+            await self._status(path[7:], send)
+            return
+        await self.app(scope, receive, send)
+
+    # -- fast paths ------------------------------------------------------------------------
+
+    async def _status(self, text: str, send: Send) -> None:
+        try:
+            reply = api.get_task(self.engine, api.parse_id(text))
+        except EngineError as error:
+            reply = api.engine_problem(self.engine, error)
+        except api.BadRequest as error:
+            reply = api.problem(error.status, error.title, error.detail)
+        await self._reply(send, reply)
+
+    async def _submit(self, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._read_body(receive)
+            reply = api.submit(self.engine, body)
+        except EngineError as error:
+            reply = api.engine_problem(self.engine, error)
+        except api.BadRequest as error:
+            reply = api.problem(error.status, error.title, error.detail)
+        except BodyTooLarge:
+            reply = _too_large(self.max_body)
+        await self._reply(send, reply)
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise api.BadRequest(400, "Incomplete request", "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _authorized(self, scope: Scope, path: str) -> bool:
+        if path in _OPEN_PATHS or path == "/" or path.startswith(_OPEN_PREFIXES):
+            return True
+        assert self.token is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self.token)
+        return False
+
+    def _stamped(self, send: Send) -> Send:
+        """`send`, adding the instance header to the start of every response."""
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (INSTANCE_HEADER, self.instance)]
+            await send(message)
+
+        return stamped
+
+    @staticmethod
+    async def _reply(send: Send, reply: api.Reply) -> None:
+        headers = [
+            (b"content-type", reply.content_type.encode()),
+            (b"content-length", str(len(reply.body)).encode()),
+        ]
+        headers += [(name.encode(), value.encode()) for name, value in reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _unauthorized() -> api.Reply:
+    reply = api.problem(
+        401, "Unauthorized", "this server needs 'Authorization: Bearer <token>' (--token)"
+    )
+    reply.headers = (("www-authenticate", 'Bearer realm="worktask"'),)
+    return reply
+
+
+def _too_large(limit: int) -> api.Reply:
+    return api.problem(413, "Request too large", f"the body exceeds the limit of {limit} bytes")
