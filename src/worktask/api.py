@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from worktask import __version__, schemas, tasktypes
@@ -262,6 +264,7 @@ def create_app(engine: Engine) -> FastAPI:
     _add_error_handlers(app, engine)
     _add_task_routes(app, engine)
     _add_info_routes(app, engine)
+    _add_dashboard(app)
     app.openapi = lambda: schemas.openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -364,6 +367,33 @@ def _add_info_routes(app: FastAPI, engine: Engine) -> None:
             "running": None if running is None else status_object(engine, running),
         }
         return to_response(Reply(200, orjson.dumps(body)))
+
+
+STATIC = pathlib.Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+class DashboardFiles(StaticFiles):
+    """The dashboard's files, with a strict Content-Security-Policy."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+
+def _add_dashboard(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> Response:
+        return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
+
+    app.mount("/ui", DashboardFiles(directory=STATIC, check_dir=False), name="ui")
 
 
 def type_objects(engine: Engine) -> Iterable[dict[str, Any]]:
