@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,6 +28,7 @@ from worktask.exceptions import EngineError, QueueFull, TaskStateError
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ID = 2**63 - 1
 KEEPALIVE_SECONDS = 10.0  # a comment on idle streams, so that vanished clients are noticed
 PREVIEW_CHARS = 80
@@ -245,7 +246,7 @@ def event_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="The id returned when submitted")]
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, render_metrics: Callable[[], bytes] | None = None) -> FastAPI:
     """The FastAPI application serving `engine`."""
 
     @asynccontextmanager
@@ -264,6 +265,8 @@ def create_app(engine: Engine) -> FastAPI:
     _add_error_handlers(app, engine)
     _add_task_routes(app, engine)
     _add_info_routes(app, engine)
+    if render_metrics is not None:
+        _add_metrics(app, render_metrics)
     _add_dashboard(app)
     app.openapi = lambda: schemas.openapi(app)  # type: ignore[method-assign]
     return app
@@ -367,6 +370,13 @@ def _add_info_routes(app: FastAPI, engine: Engine) -> None:
             "running": None if running is None else status_object(engine, running),
         }
         return to_response(Reply(200, orjson.dumps(body)))
+
+
+def _add_metrics(app: FastAPI, render: Callable[[], bytes]) -> None:
+    @app.get("/metrics", tags=["info"], **schemas.METRICS)
+    async def metrics() -> Response:
+        """Prometheus metrics: tasks by type and status, queue depth, HTTP requests."""
+        return Response(render(), 200, media_type=METRICS_TYPE)
 
 
 STATIC = pathlib.Path(__file__).parent / "static"

@@ -9,12 +9,14 @@ response objects cost more than the work itself there.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from worktask import api
 from worktask.engine import Engine
 from worktask.exceptions import EngineError
+from worktask.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -35,10 +37,18 @@ class Gateway:
     """Wraps the application with the checks and fast paths every request goes through."""
 
     def __init__(
-        self, app: ASGIApp, engine: Engine, instance: str, token: str | None, max_body: int
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        instance: str,
+        token: str | None,
+        max_body: int,
     ) -> None:
         self.app = app
         self.engine = engine
+        self.metrics = metrics
         self.instance = instance.encode()
         self.token = None if token is None else ("Bearer " + token).encode()
         self.max_body = max_body
@@ -47,7 +57,22 @@ class Gateway:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = self._stamped(send)
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (INSTANCE_HEADER, self.instance)]
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, stamped)
+        finally:
+            self.metrics.observe_request(scope["path"], scope["method"], status, started)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if self.token is not None and not self._authorized(scope, path):
             await self._reply(send, _unauthorized())
@@ -113,16 +138,6 @@ class Gateway:
             if name == b"authorization":
                 return hmac.compare_digest(value, self.token)
         return False
-
-    def _stamped(self, send: Send) -> Send:
-        """`send`, adding the instance header to the start of every response."""
-
-        async def stamped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (INSTANCE_HEADER, self.instance)]
-            await send(message)
-
-        return stamped
 
     @staticmethod
     async def _reply(send: Send, reply: api.Reply) -> None:

@@ -210,6 +210,15 @@ TYPES = _route(
         **_COMMON,
     }
 )
+METRICS = _route(
+    {
+        "200": {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **_COMMON,
+    }
+)
 HEALTH = _route({"200": _json("Health", "The server is up"), "503": _BUSY})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import resource
@@ -20,18 +21,29 @@ from worktask import settings as settings_module
 from worktask.api import create_app
 from worktask.engine import Engine
 from worktask.gateway import Gateway
+from worktask.metrics import Metrics
+from worktask.protocol import GuardedHttpToolsProtocol
 from worktask.settings import Settings
 
 log = logging.getLogger("worktask")
+_SPARE_FILES = 64  # descriptors kept for logs, threads and the listening socket
 
 
 def build(settings: Settings) -> tuple[Gateway, Engine]:
     """The engine and the ASGI application in front of it."""
     engine = Engine(settings)
-    app = create_app(engine)
+    metrics = Metrics(engine)
+    app = create_app(engine, metrics.render)
     instance = secrets.token_hex(8)
     app.state.instance = instance
-    gateway = Gateway(app, engine, instance, settings.token, settings.max_body_bytes)
+    gateway = Gateway(
+        app,
+        engine,
+        metrics,
+        instance=instance,
+        token=settings.token,
+        max_body=settings.max_body_bytes,
+    )
     return gateway, engine
 
 
@@ -73,18 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"worktask-server: {refusal}", file=sys.stderr)
         return 2
-    _raise_file_limit()
+    files = _raise_file_limit()
     gateway, engine = build(settings)
+    protocol = functools.partial(
+        GuardedHttpToolsProtocol, request_timeout=settings.timeout_request or 1e9
+    )
     config = uvicorn.Config(
         gateway,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol,  # type: ignore[arg-type]
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=min(settings.max_connections, files - _SPARE_FILES),
         timeout_keep_alive=settings.timeout_keep_alive,
         timeout_graceful_shutdown=1,
         server_header=False,
@@ -128,14 +143,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _raise_file_limit() -> None:
-    """Allow as many open connections as the system lets this process have."""
+def _raise_file_limit() -> int:
+    """Allow as many open connections as the system lets this process have; the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1 << 20
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ class Settings:
     result_ttl: float = 3600.0  # seconds a finished task is kept
     results_budget_mb: float = 256.0  # memory of kept finished tasks
     max_body_bytes: int = 1024 * 1024
-    max_connections: int = 20_000  # beyond this, new requests get 503
+    max_connections: int = 16_000  # beyond this, new requests get 503
     timeout_keep_alive: int = 5  # seconds an idle connection is kept
+    timeout_request: float = 10.0  # seconds for a request to arrive whole
     token: str | None = None
     insecure: bool = False
     log_level: str = "info"
@@ -61,6 +62,7 @@ _HELP = {
     "max_body_bytes": "largest accepted request body",
     "max_connections": "concurrent connections beyond which requests get 503",
     "timeout_keep_alive": "seconds an idle keep-alive connection is kept open",
+    "timeout_request": "seconds a connection has to deliver a whole request",
     "token": "require 'Authorization: Bearer TOKEN' on every endpoint but /healthz",
     "insecure": "allow listening on a non-loopback address without --token",
     "log_level": "critical, error, warning, info or debug",
