@@ -326,7 +326,7 @@ class Engine:
                 await self._wakeup.wait()
                 continue
             task = self._queue.popleft()
-            self._dequeued(task)
+            self._start(task)
             self._job = asyncio.create_task(self._execute(task))
             try:
                 await asyncio.shield(self._job)
@@ -338,13 +338,20 @@ class Engine:
                 self._running = None
                 self._job = None
 
-    async def _execute(self, task: Task) -> None:
+    def _start(self, task: Task) -> None:
+        self._head_ordinal = task.ordinal + 1
+        self._head_ahead = task.ahead + task.duration
+        self._queued_bytes -= task.size
+        self._watched.discard(task)
         task.status = TaskStatus.RUNNING
         task.started_at = self.clock()
         self._running = task
         log.info("task %d started: %s", task.id, task.type.name)
         self._changed(task)
         self._positions_moved()
+
+    async def _execute(self, task: Task) -> None:
+        assert task.started_at is not None
         try:
             if len(task.data) > _INLINE_CHARS:
                 result = await asyncio.to_thread(task.type.run, task.data)
@@ -360,12 +367,6 @@ class Engine:
             await asyncio.sleep(remaining)
         task.result = result
         self._finish(task, TaskStatus.DONE)
-
-    def _dequeued(self, task: Task) -> None:
-        self._head_ordinal = task.ordinal + 1
-        self._head_ahead = task.ahead + task.duration
-        self._queued_bytes -= task.size
-        self._watched.discard(task)
 
     def _unqueue(self, task: Task) -> None:
         """Take a task out of the middle of the queue and close the gap it leaves."""
