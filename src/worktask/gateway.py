@@ -82,7 +82,7 @@ class Gateway:
             if declared is not None and declared > self.max_body:
                 await self._reply(send, _too_large(self.max_body))
                 return
-            if path == "/tasks":
+            if path == "/tasks" and scope["method"] == "POST":
                 await self._submit(receive, send)
                 return
         elif scope["method"] == "GET" and path.startswith("/tasks/") and "/" not in path[7:]:
