@@ -49,14 +49,14 @@ async def reaches(engine: Engine, task: Task, status: TaskStatus) -> None:
 
 
 async def test_ids_increase_from_one(engine: Engine) -> None:
-    ids = [engine.submit(1, str(n)).id for n in range(5)]
+    ids = [(await engine.submit(1, str(n))).id for n in range(5)]
     assert ids == [1, 2, 3, 4, 5]
 
 
 async def test_tasks_run_one_at_a_time_in_id_order() -> None:
     engine = await make(Settings(delay_scale=0.002))
     try:
-        tasks = [engine.submit((n % 3) + 1, f"задача {n}") for n in range(30)]
+        tasks = [await engine.submit((n % 3) + 1, f"задача {n}") for n in range(30)]
         await finished(engine, tasks[-1])
         for before, after in itertools.pairwise(tasks):
             assert before.finished_at is not None and after.started_at is not None
@@ -67,7 +67,7 @@ async def test_tasks_run_one_at_a_time_in_id_order() -> None:
 
 
 async def test_result_is_repeatable(engine: Engine) -> None:
-    task = await finished(engine, engine.submit("reverse", "пример"))
+    task = await finished(engine, await engine.submit("reverse", "пример"))
     assert engine.result(task.id).result == "ремирп"
     assert engine.result(task.id).result == "ремирп"
 
@@ -75,7 +75,7 @@ async def test_result_is_repeatable(engine: Engine) -> None:
 async def test_duration_is_simulated() -> None:
     engine = await make(Settings(delay_scale=0.05))  # reverse: 2 s * 0.05 = 0.1 s
     try:
-        task = await finished(engine, engine.submit(1, "abc"))
+        task = await finished(engine, await engine.submit(1, "abc"))
         assert task.started_at is not None and task.finished_at is not None
         assert 0.09 <= task.finished_at - task.started_at < 0.5
     finally:
@@ -85,9 +85,9 @@ async def test_duration_is_simulated() -> None:
 async def test_position_and_eta_while_queued() -> None:
     engine = await make(Settings(delay_scale=1))
     try:
-        first = engine.submit(3, "a")  # runs for 7 s
-        second = engine.submit(1, "b")
-        third = engine.submit(2, "c")
+        first = await engine.submit(3, "a")  # runs for 7 s
+        second = await engine.submit(1, "b")
+        third = await engine.submit(2, "c")
         await reaches(engine, first, TaskStatus.RUNNING)
         assert engine.snapshot(second).position == 1
         assert engine.snapshot(third).position == 2
@@ -102,8 +102,8 @@ async def test_position_and_eta_while_queued() -> None:
 async def test_cancel_queued_closes_the_gap() -> None:
     engine = await make(Settings(delay_scale=1))
     try:
-        await reaches(engine, engine.submit(3, "a"), TaskStatus.RUNNING)
-        second, third, fourth = (engine.submit(1, x) for x in "bcd")
+        await reaches(engine, await engine.submit(3, "a"), TaskStatus.RUNNING)
+        second, third, fourth = [await engine.submit(1, x) for x in "bcd"]
         engine.cancel(third.id)
         assert third.status is TaskStatus.CANCELLED
         assert engine.snapshot(second).position == 1
@@ -116,8 +116,8 @@ async def test_cancel_queued_closes_the_gap() -> None:
 async def test_cancel_running_starts_the_next_at_once() -> None:
     engine = await make(Settings(delay_scale=1))
     try:
-        first = engine.submit(3, "a")
-        second = engine.submit(1, "b")
+        first = await engine.submit(3, "a")
+        second = await engine.submit(1, "b")
         await reaches(engine, first, TaskStatus.RUNNING)
         engine.cancel(first.id)
         assert first.status is TaskStatus.CANCELLED
@@ -129,7 +129,7 @@ async def test_cancel_running_starts_the_next_at_once() -> None:
 
 
 async def test_cancel_finished_is_refused(engine: Engine) -> None:
-    task = await finished(engine, engine.submit(1, "x"))
+    task = await finished(engine, await engine.submit(1, "x"))
     with pytest.raises(TaskAlreadyFinished, match="already finished"):
         engine.cancel(task.id)
 
@@ -137,8 +137,8 @@ async def test_cancel_finished_is_refused(engine: Engine) -> None:
 async def test_result_before_done_is_not_ready() -> None:
     engine = await make(Settings(delay_scale=1))
     try:
-        engine.submit(3, "a")
-        queued = engine.submit(1, "b")
+        await engine.submit(3, "a")
+        queued = await engine.submit(1, "b")
         with pytest.raises(ResultNotReady, match="is queued"):
             engine.result(queued.id)
         engine.cancel(queued.id)
@@ -168,22 +168,22 @@ async def test_invalid_submissions_change_nothing(
     engine: Engine, type_: object, data: object, message: str
 ) -> None:
     with pytest.raises(InvalidTask, match=message):
-        engine.submit(type_, data)
-    assert engine.submit(1, "ok").id == 1
+        await engine.submit(type_, data)
+    assert (await engine.submit(1, "ok")).id == 1
 
 
 async def test_data_and_result_limits() -> None:
     engine = await make(Settings(delay_scale=0, max_data_chars=10))
     try:
         with pytest.raises(InvalidTask, match="11 characters long; the limit is 10"):
-            engine.submit(1, "x" * 11)
+            await engine.submit(1, "x" * 11)
     finally:
         await engine.close()
     engine = await make(Settings(delay_scale=0))
     try:
-        engine.submit(3, "я" * 1413)  # 998,991 characters of result
-        with pytest.raises(InvalidTask, match="would exceed the limit of 1000000 characters"):
-            engine.submit(3, "я" * 1414)
+        await engine.submit(3, "я" * 1413)  # 998,991 characters of result
+        with pytest.raises(InvalidTask, match="over the limit of 1000000"):
+            await engine.submit(3, "я" * 1414)
     finally:
         await engine.close()
 
@@ -191,11 +191,11 @@ async def test_data_and_result_limits() -> None:
 async def test_full_queue_refuses_with_retry_after() -> None:
     engine = await make(Settings(delay_scale=1, max_queue=2))
     try:
-        await reaches(engine, engine.submit(3, "running"), TaskStatus.RUNNING)
-        engine.submit(1, "a")
-        engine.submit(2, "b")
+        await reaches(engine, await engine.submit(3, "running"), TaskStatus.RUNNING)
+        await engine.submit(1, "a")
+        await engine.submit(2, "b")
         with pytest.raises(QueueFull, match="server busy") as refused:
-            engine.submit(1, "c")
+            await engine.submit(1, "c")
         assert 13 <= refused.value.retry_after <= 14  # 7 + 2 + 5 s of known work
         assert engine.counters.submitted == 3
     finally:
@@ -205,7 +205,7 @@ async def test_full_queue_refuses_with_retry_after() -> None:
 async def test_keep_finished_evicts_the_oldest() -> None:
     engine = await make(Settings(delay_scale=0, keep_finished=2))
     try:
-        tasks = [engine.submit(1, str(n)) for n in range(3)]
+        tasks = [await engine.submit(1, str(n)) for n in range(3)]
         await finished(engine, tasks[-1])
         with pytest.raises(TaskExpired, match=r"task 1 finished at .* and its result expired"):
             engine.get(1)
@@ -219,7 +219,7 @@ async def test_keep_finished_evicts_the_oldest() -> None:
 async def test_results_budget_evicts() -> None:
     engine = await make(Settings(delay_scale=0, results_budget_mb=0.01))  # 10 kB
     try:
-        tasks = [engine.submit(1, "ж" * 2000) for _ in range(4)]  # ~8 kB each, data + result
+        tasks = [await engine.submit(1, "ж" * 2000) for _ in range(4)]  # ~8 kB each, data + result
         await finished(engine, tasks[-1])
         with pytest.raises(TaskExpired):
             engine.get(1)
@@ -233,9 +233,9 @@ async def test_result_ttl_evicts() -> None:
     engine = Engine(Settings(delay_scale=0, result_ttl=60), clock=lambda: now[0])
     await engine.start()
     try:
-        task = await finished(engine, engine.submit(1, "x"))
+        task = await finished(engine, await engine.submit(1, "x"))
         now[0] += 61
-        engine.submit(1, "y")  # anything that finishes sweeps; so does a timer every second
+        await engine.submit(1, "y")  # anything that finishes sweeps; so does a timer every second
         await finished(engine, engine.get(2))
         with pytest.raises(TaskExpired):
             engine.get(task.id)
@@ -244,7 +244,7 @@ async def test_result_ttl_evicts() -> None:
 
 
 async def test_waiters_see_every_state(engine: Engine) -> None:
-    task = engine.submit(1, "abc")
+    task = await engine.submit(1, "abc")
     seen = [task.status]
     while not task.status.final:
         await engine.changed(task)
@@ -254,7 +254,7 @@ async def test_waiters_see_every_state(engine: Engine) -> None:
 
 async def test_close_wakes_waiters() -> None:
     engine = await make(Settings(delay_scale=1))
-    task = engine.submit(3, "a")
+    task = await engine.submit(3, "a")
     waiter = engine.changed(task)
     await asyncio.sleep(0)
     waiter = engine.changed(task)
@@ -281,9 +281,9 @@ async def test_a_failing_transformation_fails_the_task_only(
             ),
         },
     )
-    task = await finished(engine, engine.submit(1, "x"))
+    task = await finished(engine, await engine.submit(1, "x"))
     assert task.status is TaskStatus.FAILED and task.error == "RuntimeError: boom"
     with pytest.raises(ResultNotReady, match="failed and has no result: RuntimeError: boom"):
         engine.result(task.id)
     monkeypatch.undo()
-    assert (await finished(engine, engine.submit(1, "ok"))).status is TaskStatus.DONE
+    assert (await finished(engine, await engine.submit(1, "ok"))).status is TaskStatus.DONE

@@ -120,9 +120,9 @@ def get_task(engine: Engine, task_id: int) -> Reply:
     return Reply(200, orjson.dumps(status_object(engine, engine.get(task_id))))
 
 
-def submit(engine: Engine, body: bytes) -> Reply:
+async def submit(engine: Engine, body: bytes) -> Reply:
     fields = _task_fields(body)
-    task = engine.submit(fields.get("type"), fields.get("data"))
+    task = await engine.submit(fields.get("type"), fields.get("data"))
     location = f"/tasks/{task.id}"
     return Reply(201, orjson.dumps(status_object(engine, task)), JSON, (("location", location),))
 
@@ -310,7 +310,7 @@ def _add_task_routes(app: FastAPI, engine: Engine) -> None:
     @app.post("/tasks", status_code=201, tags=["tasks"], **schemas.SUBMIT)
     async def submit_task(request: Request) -> Response:
         """Queue a task; answers at once with its id and status."""
-        return to_response(submit(engine, await request.body()))
+        return to_response(await submit(engine, await request.body()))
 
     @app.get("/tasks/{task_id}", tags=["tasks"], **schemas.STATUS)
     async def task_status(task_id: TaskId) -> Response:

@@ -220,12 +220,19 @@ class Engine:
 
     # -- commands -----------------------------------------------------------------------
 
-    def submit(self, type_: object, data: object) -> Task:
+    async def submit(self, type_: object, data: object) -> Task:
         """Validate and queue a task; InvalidTask or QueueFull if it cannot be accepted."""
-        kind = self._validate(type_, data)
-        assert isinstance(data, str)
-        size = sys.getsizeof(data)
+        kind, text = self._validate(type_, data)
+        if len(text) <= _INLINE_CHARS:
+            length = kind.result_length(text)
+        else:  # segmenting a long text takes milliseconds: not on the event loop
+            length = await asyncio.to_thread(kind.result_length, text)
+        self._check_result(kind, text, length)
+        size = sys.getsizeof(text)
         self._check_room(size)
+        return self._enqueue(kind, text, size)
+
+    def _enqueue(self, kind: TaskType, data: str, size: int) -> Task:
         duration = self.settings.scaled(kind.duration)
         task = Task(self._next_id, kind, data, duration, self.clock(), size=size)
         task.ordinal, task.ahead = self._next_ordinal, self._next_ahead
@@ -278,7 +285,7 @@ class Engine:
 
     # -- validation and budgets -----------------------------------------------------------
 
-    def _validate(self, type_: object, data: object) -> TaskType:
+    def _validate(self, type_: object, data: object) -> tuple[TaskType, str]:
         try:
             kind = tasktypes.lookup(type_)
         except tasktypes.UnknownTaskType as error:
@@ -288,13 +295,16 @@ class Engine:
         limit = self.settings.max_data_chars
         if len(data) > limit:
             raise InvalidTask(f"'data' is {len(data)} characters long; the limit is {limit}")
+        self._check_result(kind, data, len(data))  # no result is shorter than its data
+        return kind, data
+
+    def _check_result(self, kind: TaskType, data: str, length: int) -> None:
         limit = self.settings.max_result_chars
-        if len(data) > limit or kind.result_length(data) > limit:
+        if length > limit:
             raise InvalidTask(
-                f"the result of {kind.name} on {len(data)} characters would exceed "
-                f"the limit of {limit} characters (--max-result-chars)"
+                f"the result of {kind.name} on {len(data)} characters would be {length} "
+                f"characters long, over the limit of {limit} (--max-result-chars)"
             )
-        return kind
 
     def _check_room(self, size: int) -> None:
         if len(self._queue) >= self.settings.max_queue:

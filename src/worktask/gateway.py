@@ -104,7 +104,7 @@ class Gateway:
     async def _submit(self, receive: Receive, send: Send) -> None:
         try:
             body = await self._read_body(receive)
-            reply = api.submit(self.engine, body)
+            reply = await api.submit(self.engine, body)
         except EngineError as error:
             reply = api.engine_problem(self.engine, error)
         except api.BadRequest as error:
