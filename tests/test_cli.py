@@ -130,11 +130,13 @@ def test_batch_mode_stdout_is_exactly_the_result(
 
 
 def test_batch_mode_reports_each_change_on_stderr(start_server: StartServer) -> None:
-    server = start_server(scale=0.05)
-    submit(server.url, 1, "ahead")  # so that ours waits in the queue first
-    proc, lines = start_batch(server.url, "-c", "1", "-a", "пример")
+    server = start_server(scale=0.5)
+    ahead = submit(server.url, 3, "ahead")  # 3.5 s, so that ours waits in the queue first
+    proc, lines = start_batch(server.url, "-c", "1", "-a", "пример")  # 1 s
     task_id = lines.wait_for(r"^task (\d+) queued$")[1]
     lines.wait_for(rf"^task {task_id}: queued, position 1, eta \d+\.\d s$")
+    with Client(server.url) as client:
+        client.cancel(ahead)  # ours starts at once
     lines.wait_for(rf"^task {task_id}: running")
     lines.wait_for(rf"^task {task_id}: done in \d+\.\d\d s$")
     assert proc.wait(10) == 0

@@ -133,7 +133,7 @@ def test_wait_reports_each_change_and_the_result_follows_at_once(
 ) -> None:
     server = start_server(scale=0.05)  # reverse takes 0.1 s
     with Client(server.url) as client:
-        client.submit(1, "first")
+        client.submit(3, "first")  # 0.35 s: ours surely waits in the queue first
         task = client.submit(1, "second")
         seen: list[TaskInfo] = []
         final = client.wait(task.id, timeout=10, on_update=seen.append)

@@ -513,11 +513,11 @@ def _explain(error: WorktaskError, args: argparse.Namespace) -> str:
     """The one line that tells the user what went wrong and what to do."""
     if isinstance(error, Unauthorized):
         if args.token or os.environ.get("WORKTASK_TOKEN"):
-            return f"the server refused the token: {error.message}"
-        return f"the server requires a token: pass --token or set WORKTASK_TOKEN ({error.message})"
-    if isinstance(error, ServerBusy):
+            return "the server refused the token (from --token or WORKTASK_TOKEN)"
+        return "the server requires a token: pass --token or set WORKTASK_TOKEN"
+    if isinstance(error, ServerBusy) and "retry" not in error.message.lower():
         when = f"in {error.retry_after} s" if error.retry_after is not None else "later"
-        return f"the server is busy: {error.message}; retry {when}"
+        return f"the server is busy ({error.message}); retry {when}"
     return error.message
 
 
@@ -539,7 +539,7 @@ def _note(text: str) -> None:
 
 
 def _fail(message: str) -> None:
-    _note(f"worktask: {message}")
+    _note("worktask: " + " ".join(message.split()))  # one line, whatever the server sent
 
 
 def _interrupted(message: str) -> int:

@@ -362,9 +362,9 @@ class Client:
         headers = self._headers()
         if body is not None:
             headers["Content-Type"] = "application/json"
-        status, answer = self._exchange(method, self._prefix + path, body, headers, task_id)
-        if status >= 300:
-            raise _http_error(status, answer, method)
+        response, answer = self._exchange(method, self._prefix + path, body, headers, task_id)
+        if response.status >= 300:
+            raise _http_error(response, answer, method)
         return answer
 
     def _exchange(
@@ -374,7 +374,7 @@ class Client:
         body: bytes | None,
         headers: dict[str, str],
         task_id: int | None,
-    ) -> tuple[int, Any]:
+    ) -> tuple[http.client.HTTPResponse, Any]:
         for attempt in range(2):
             reused = self._conn.sock is not None
             try:
@@ -395,7 +395,7 @@ class Client:
                 self._conn.close()  # a half-read answer would poison the next request
                 raise
             self._check_instance(response, task_id)
-            return response.status, _decode(response, content)
+            return response, _decode(response, content)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _open(self, conn: http.client.HTTPConnection, reused: bool) -> None:
@@ -463,7 +463,7 @@ class Client:
         response = conn.getresponse()
         self._check_instance(response, task_id)
         if response.status >= 300:
-            raise _http_error(response.status, _decode(response, response.read()), "GET")
+            raise _http_error(response, _decode(response, response.read()), "GET")
         return response
 
 
@@ -522,8 +522,9 @@ def _transport_error(
     return ServerError(f"talking to the server at {url} failed: {exc}")
 
 
-def _http_error(status: int, answer: Any, method: str) -> WorktaskError:
+def _http_error(response: http.client.HTTPResponse, answer: Any, method: str) -> WorktaskError:
     """Map an HTTP error answer, an RFC 9457 problem, to the public error that explains it."""
+    status = response.status
     problem = answer if isinstance(answer, dict) else {}
     message = str(problem.get("detail") or problem.get("title") or f"HTTP {status}")
     simple: dict[int, type[WorktaskError]] = {
@@ -542,7 +543,8 @@ def _http_error(status: int, answer: Any, method: str) -> WorktaskError:
     if status == 409:
         return _conflict(problem, message, method)
     if status == 503:
-        return ServerBusy(message, status_code=status, retry_after=_retry_after(problem))
+        retry_after = _retry_after(problem.get("retry_after"), response.getheader("Retry-After"))
+        return ServerBusy(message, status_code=status, retry_after=retry_after)
     return ServerError(f"the server answered {status}: {message}", status_code=status)
 
 
@@ -563,25 +565,28 @@ def _conflict(problem: dict[str, Any], message: str, method: str) -> WorktaskErr
     return kind(message, status_code=409, task=task)
 
 
-def _retry_after(problem: dict[str, Any]) -> int | None:
-    value = problem.get("retry_after")
-    return int(value) if isinstance(value, int | float) else None
+def _retry_after(field: object, header: str | None) -> int | None:
+    """Seconds to wait, from the problem's field or else the header (seconds form only)."""
+    if isinstance(field, int | float):
+        return int(field)
+    return int(header) if header and header.strip().isdigit() else None
 
 
 def _decode(response: http.client.HTTPResponse, content: bytes) -> Any:
     """The JSON body of an answer; anything else means we are not talking to a worktask server."""
     kind = response.getheader("Content-Type", "")
-    if "json" not in kind:
-        if response.status >= 300 and not content.strip():
-            return {}
-        raise ServerError(
-            f"unexpected answer from the server ({response.status}, {kind or 'no content type'})",
-            status_code=response.status,
-        )
-    try:
-        return json.loads(content)
-    except ValueError as exc:
-        raise ServerError(f"the server sent invalid JSON: {exc}") from exc
+    if "json" in kind:
+        try:
+            return json.loads(content)
+        except ValueError as exc:
+            if response.status < 300:
+                raise ServerError(f"the server sent invalid JSON: {exc}") from exc
+    if response.status >= 300:  # a proxy's or a plain-text error: its status still says what
+        return {"detail": content.decode(errors="replace").strip()[:200] or None}
+    raise ServerError(
+        f"unexpected answer from the server ({response.status}, {kind or 'no content type'})",
+        status_code=response.status,
+    )
 
 
 def _shutdown_message(data: str, url: str) -> str:
