@@ -6,7 +6,8 @@ when a live status line is drawn on a terminal.
 
 Exit codes:
     0    ok
-    1    server unreachable, server error, or the server shut down while waiting
+    1    server unreachable, server error, the server shut down while waiting, or stdout
+         was closed early (as by `| head`), which is otherwise silent
     2    usage error, or input the server rejected (400, 413, 422)
     3    no such task (404), its record expired (410), or it was lost with a server restart
     4    result not ready yet, or --timeout elapsed
@@ -197,7 +198,7 @@ def _add_call(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="with -p: give up waiting after this long (exit 4; the task stays queued)",
+        help="with -p: give up waiting after this long (exit 4; the task stays on the server)",
     )
     call.set_defaults(handler=_call)
 
