@@ -152,7 +152,7 @@ class TaskType:
     code: int
     name: str
     description: str = ""
-    duration_seconds: float = 0.0  # nominal, before the server's --delay-scale
+    duration_seconds: float = 0.0  # as this server runs it, after its --delay-scale
 
     @classmethod
     def from_json(cls, data: Any) -> TaskType:
