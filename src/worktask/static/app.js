@@ -3,6 +3,7 @@
 
 const TOKEN_KEY = "worktask.token";
 const RECENT_MAX = 50;
+const QUEUE_SHOWN = 200;
 const PREVIEW_CHARS = 60;
 const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 10_000;
@@ -259,7 +260,7 @@ function onSnapshot(snapshot) {
   }
   state.recent = snapshot.recent.slice(0, RECENT_MAX);
   state.recent.forEach(loadPreview);
-  render();
+  scheduleRender();
 }
 
 function onTask({ task, counters }) {
@@ -274,11 +275,17 @@ function onTask({ task, counters }) {
   } else {
     state.recent = [task, ...state.recent.filter((t) => t.id !== task.id)].slice(0, RECENT_MAX);
     loadPreview(task);
+    forgetResults();
   }
-  announce(`Task ${task.id} (${task.type}) ${task.status}.`);
+  if (task.status !== "queued") announce(`Task ${task.id} (${task.type}) ${task.status}.`);
   if (counters.queued === 0) state.queueCutoff = null;
   if (state.queueCutoff !== null && state.queued.size === 0) resync(); // fetch the rest
-  render();
+  scheduleRender();
+}
+
+function forgetResults() {
+  const shown = new Set(state.recent.map((t) => t.id));
+  for (const id of state.results.keys()) if (!shown.has(id)) state.results.delete(id);
 }
 
 async function loadPreview(task) {
@@ -295,7 +302,7 @@ async function loadPreview(task) {
   } catch {
     state.results.delete(task.id); // try again at the next render
   }
-  renderRecent();
+  scheduleRender();
 }
 
 // -- actions ----------------------------------------------------------------------------
@@ -419,7 +426,11 @@ function cancelButton(task) {
 const queueRows = new Map();
 
 function renderQueue() {
-  const tasks = [...state.queued.values()].sort((a, b) => a.id - b.id);
+  const tasks = []; // the map is in queue order: the snapshot's, then ever larger ids
+  for (const task of state.queued.values()) {
+    if (tasks.length === QUEUE_SHOWN) break;
+    tasks.push(task);
+  }
   syncRows(
     $("queue-body"),
     tasks,
@@ -471,6 +482,7 @@ function updateEtas() {
 function renderRunning() {
   const run = state.running;
   $("running-empty").hidden = Boolean(run);
+  if (!run && $("running-task").contains(document.activeElement)) $("running-title").focus();
   $("running-task").hidden = !run;
   if (!run) return;
   const { task } = run;
@@ -621,6 +633,17 @@ function renderAxis(span) {
   axis.replaceChildren(...ticks);
 }
 
+let renderPending = false;
+function scheduleRender() {
+  // Bursts of events render once per frame.
+  if (renderPending) return;
+  renderPending = true;
+  requestAnimationFrame(() => {
+    renderPending = false;
+    render();
+  });
+}
+
 function render() {
   renderCounters();
   renderRunning();
@@ -671,6 +694,7 @@ function start() {
   $("result-copy").addEventListener("click", copyResult);
   $("result-close").addEventListener("click", () => $("result-dialog").close());
   $("queue-title").tabIndex = -1;
+  $("running-title").tabIndex = -1;
   loadTypes();
   connect();
   requestAnimationFrame(tick);
