@@ -121,9 +121,9 @@ def fill_width(page: Page) -> float:
 def test_form_task_goes_queued_running_done_without_reload(
     start_server: StartServer, page: Page
 ) -> None:
-    server = start_server(scale=0.5)  # reverse 1 s, swap 2.5 s
+    server = start_server(scale=0.5)  # swap 2.5 s
     open_dashboard(page, server)
-    submit_from_form(page, 1, "first, to keep the runner busy")
+    submit_from_form(page, 2, "first, to keep the runner busy")
     submit_from_form(page, 2, "hello world")
 
     queued = page.locator("#queue-body tr").filter(has_text="hello world")
@@ -200,7 +200,7 @@ def test_cancel_queued_and_running_tasks_from_the_page(
 
 
 def test_user_data_is_shown_as_text_never_run(start_server: StartServer, page: Page) -> None:
-    server = start_server(scale=0.3)  # reverse 0.6 s
+    server = start_server(scale=0.5)  # reverse 1 s
     open_dashboard(page, server)
     submit_from_form(page, 1, XSS)
     expect(page.locator("#running-data")).to_have_text(XSS)
