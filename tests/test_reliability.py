@@ -593,11 +593,6 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float) -> bytes:
     return received
 
 
-@pytest.mark.xfail(
-    reason="beyond --max-connections uvicorn answers its own 503 'Service Unavailable' as "
-    "text/plain, without Retry-After, instead of an RFC 9457 problem",
-    strict=True,
-)
 def test_too_many_connections_get_a_clear_503_not_a_hang(launch: Launch) -> None:
     server = launch("--max-connections", "50")
     hostile = open_idle(server.port, 60)
@@ -747,12 +742,6 @@ def test_signal_ends_every_stream_with_a_shutdown_event_and_exits_0_within_2_s(
     assert "Traceback" not in log, log
 
 
-@pytest.mark.xfail(
-    reason="on SIGTERM uvicorn cancels requests whose body is still arriving after "
-    "timeout_graceful_shutdown and logs 'Exception in ASGI application' with a CancelledError "
-    "traceback for each",
-    strict=True,
-)
 def test_signal_with_requests_half_sent_still_exits_0_quietly_within_2_s(launch: Launch) -> None:
     server = launch(delay_scale=10)
     hold_executor(server, 10)

@@ -210,6 +210,7 @@ def overview(engine: Engine) -> dict[str, Any]:
     """What a dashboard shows: the queue's head, the running task, the latest finished."""
     running = engine.running
     return {
+        "now": rfc3339(engine.clock()),
         "types": list(type_objects(engine)),
         "counters": counters(engine),
         "queued": [status_object(engine, t) for t in engine.queued(_OVERVIEW_QUEUED)],
@@ -283,6 +284,10 @@ def _add_error_handlers(app: FastAPI, engine: Engine) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> Response:
+        for problem_ in error.errors():
+            if tuple(problem_.get("loc", ()))[:1] == ("path",):  # as the fast path answers
+                detail = f"no task with id {problem_.get('input')!r}: ids are integers from 1"
+                return to_response(problem(404, "Task not found", detail))
         detail = "; ".join(_describe(e) for e in error.errors())
         return to_response(problem(422, "Invalid request", detail))
 

@@ -436,7 +436,7 @@ class Engine:
         finished = self._finished
         while finished and (
             len(finished) > limits.keep_finished
-            or self._kept_bytes > budget
+            or (self._kept_bytes > budget and len(finished) > 1)  # the newest can be fetched
             or (finished[0].finished_at or 0.0) < oldest_kept
         ):
             task = finished.popleft()

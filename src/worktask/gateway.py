@@ -24,7 +24,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-INSTANCE_HEADER = b"x-worktask-instance"
+INSTANCE = "x-worktask-instance"
+INSTANCE_HEADER = INSTANCE.encode()
 _OPEN_PATHS = ("/healthz",)  # answered without a token
 _OPEN_PREFIXES = ("/ui/",)  # the dashboard's static files carry no data
 
@@ -89,6 +90,13 @@ class Gateway:
             await self._status(path[7:], send)
             return
         await self.app(scope, receive, send)
+
+    async def busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The answer to a request beyond the connection limit."""
+        reply = api.problem(503, "Server busy", "too many connections; retry in a second")
+        instance = self.instance.decode()
+        reply.headers = (("retry-after", "1"), ("connection", "close"), (INSTANCE, instance))
+        await self._reply(send, reply)
 
     # -- fast paths ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ _TIME = {"type": ["string", "null"], "format": "date-time"}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 
 COMPONENTS: dict[str, Any] = {
-    "TaskStatus": {
+    "Task": {
         "type": "object",
         "required": ["id", "type", "code", "status", "created_at"],
         "properties": {
@@ -43,7 +43,7 @@ COMPONENTS: dict[str, Any] = {
             "title": {"type": "string"},
             "status": {"type": "integer"},
             "detail": {"type": "string"},
-            "task": {"$ref": "#/components/schemas/TaskStatus"},
+            "task": {"$ref": "#/components/schemas/Task"},
             "retry_after": {"type": "integer"},
         },
     },
@@ -86,10 +86,23 @@ COMPONENTS: dict[str, Any] = {
             "version": {"type": "string"},
             "instance": {"type": "string", "description": "changes at every server start"},
             "queued": {"type": "integer"},
-            "running": {"oneOf": [{"$ref": "#/components/schemas/TaskStatus"}, {"type": "null"}]},
+            "running": {"oneOf": [{"$ref": "#/components/schemas/Task"}, {"type": "null"}]},
         },
     },
 }
+
+
+def _events(*names: str) -> dict[str, Any]:
+    """A text/event-stream whose events (OpenAPI 3.1: the schema of each event) are named."""
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": list(names)},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    }
+    return {"text/event-stream": {"schema": event}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -134,7 +147,7 @@ def _route(responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
 SUBMIT = _route(
     {
         "201": {
-            **_json("TaskStatus", "Queued"),
+            **_json("Task", "Queued"),
             "headers": {"Location": {"schema": {"type": "string"}}},
         },
         "400": _problem("The body is not valid JSON"),
@@ -149,7 +162,7 @@ SUBMIT = _route(
         }
     },
 )
-STATUS = _route({"200": _json("TaskStatus", "The task's status"), **_BY_ID})
+STATUS = _route({"200": _json("Task", "The task's status"), **_BY_ID})
 RESULT = _route(
     {
         "200": _json("Result", "The result"),
@@ -160,9 +173,9 @@ RESULT = _route(
 EVENTS = _route(
     {
         "200": {
-            "description": "Server-sent events. `event: status` carries a TaskStatus; the "
+            "description": "Server-sent events. `event: status` carries a Task; the "
             "stream ends after a final status. `event: shutdown` ends it when the server stops.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": _events("status", "shutdown"),
         },
         **_BY_ID,
     }
@@ -171,18 +184,19 @@ ALL_EVENTS = _route(
     {
         "200": {
             "description": "Server-sent events for dashboards. First `event: snapshot` with "
-            "`types`, `counters`, `queued` (the first 200), `running` and `recent` (the last 50 "
-            "finished); then `event: task` with `task` (a TaskStatus) and `counters` at every "
-            "change; `event: shutdown` when the server stops. A reader too slow to keep up gets "
-            "a new snapshot instead of the changes it missed.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "`now` (the server's clock), `types`, `counters`, `queued` (the first 200), "
+            "`running` and `recent` (the last 50 finished); then `event: task` with `task` "
+            "(a Task) and `counters` at every change; `event: shutdown` when the server "
+            "stops. A reader too slow to keep up gets a new snapshot instead of the changes "
+            "it missed.",
+            "content": _events("snapshot", "task", "shutdown"),
         },
         **_COMMON,
     }
 )
 CANCEL = _route(
     {
-        "200": _json("TaskStatus", "Cancelled"),
+        "200": _json("Task", "Cancelled"),
         "409": _problem("The task has already finished"),
         **_BY_ID,
     }
@@ -191,9 +205,7 @@ LIST = _route(
     {
         "200": {
             "description": "Tasks, newest first",
-            "content": {
-                "application/json": {"schema": {"type": "array", "items": _ref("TaskStatus")}}
-            },
+            "content": {"application/json": {"schema": {"type": "array", "items": _ref("Task")}}},
         },
         "422": _problem("Unknown status or limit out of range"),
         **_COMMON,

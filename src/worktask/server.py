@@ -88,7 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = _raise_file_limit()
     gateway, engine = build(settings)
     protocol = functools.partial(
-        GuardedHttpToolsProtocol, request_timeout=settings.timeout_request or 1e9
+        GuardedHttpToolsProtocol,
+        request_timeout=settings.timeout_request or 1e9,
+        busy_app=gateway.busy,
     )
     config = uvicorn.Config(
         gateway,
