@@ -124,6 +124,7 @@ def test_form_task_goes_queued_running_done_without_reload(
     server = start_server(scale=0.5)  # swap 2.5 s
     open_dashboard(page, server)
     submit_from_form(page, 2, "first, to keep the runner busy")
+    expect(page.locator("#running-data")).to_have_text("first, to keep the runner busy")
     submit_from_form(page, 2, "hello world")
 
     queued = page.locator("#queue-body tr").filter(has_text="hello world")
