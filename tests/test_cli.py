@@ -173,10 +173,22 @@ def test_server_shutdown_while_waiting_exits_1_with_nothing_on_stdout(
     assert proc.stdout is not None and proc.stdout.read() == ""
 
 
-def test_batch_mode_draws_a_live_line_on_a_terminal(server: ServerProcess) -> None:
+ON_A_TERMINAL = [
+    pytest.param((), id="rich"),
+    pytest.param(("-S", str(ROOT / "client.py")), id="no-site-packages"),
+]
+
+
+@pytest.mark.parametrize("python", ON_A_TERMINAL)
+def test_batch_mode_draws_a_live_line_on_a_terminal(
+    server: ServerProcess, python: tuple[str, ...]
+) -> None:
+    command = cli_command("call", "-c", "1", "-a", "пример", "-p", url=server.url)
+    if python:  # `python -S client.py`: the checkout's shim, with neither rich nor anything else
+        command[1:3] = python
     controller, terminal = os.openpty()
     proc = subprocess.Popen(
-        cli_command("call", "-c", "1", "-a", "пример", "-p", url=server.url),
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=terminal,

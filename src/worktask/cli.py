@@ -392,9 +392,16 @@ def _maybe(value: object, template: str) -> str | None:
 
 def _progress(task: TaskInfo) -> _Progress:
     """A live line on a terminal; one plain line per change otherwise."""
-    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" and _has_rich():
         return _LiveProgress(task)
     return _PlainProgress()
+
+
+def _has_rich() -> bool:
+    """Whether rich can be imported: `python client.py` runs with nothing but Python."""
+    import importlib.util
+
+    return importlib.util.find_spec("rich") is not None
 
 
 class _PlainProgress:
