@@ -59,6 +59,18 @@ class Gateway:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if self.token is None or self._authorized(scope, path):
+            # the fast paths answer with headers that already carry the instance
+            if method == "GET" and path.startswith("/tasks/") and path.find("/", 7) < 0:
+                status = await self._status(path[7:], send)
+                self.metrics.observe_request(path, method, status, started)
+                return
+            if method == "POST" and path == "/tasks":
+                status = await self._submit(scope, receive, send)
+                self.metrics.observe_request(path, method, status, started)
+                return
         status = 500  # unless a response starts
 
         async def stamped(message: Message) -> None:
@@ -71,24 +83,18 @@ class Gateway:
         try:
             await self._dispatch(scope, receive, stamped)
         finally:
-            self.metrics.observe_request(scope["path"], scope["method"], status, started)
+            self.metrics.observe_request(path, method, status, started)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if self.token is not None and not self._authorized(scope, path):
-            await self._reply(send, _unauthorized())
+            await _reply(send, _unauthorized())
             return
         if scope["method"] in ("POST", "PUT", "PATCH"):
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body:
-                await self._reply(send, _too_large(self.max_body))
+                await _reply(send, _too_large(self.max_body))
                 return
-            if path == "/tasks" and scope["method"] == "POST":
-                await self._submit(receive, send)
-                return
-        elif scope["method"] == "GET" and path.startswith("/tasks/") and "/" not in path[7:]:
-            await self._status(path[7:], send)
-            return
         await self.app(scope, receive, send)
 
     async def busy(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,21 +102,24 @@ class Gateway:
         reply = api.problem(503, "Server busy", "too many connections; retry in a second")
         instance = self.instance.decode()
         reply.headers = (("retry-after", "1"), ("connection", "close"), (INSTANCE, instance))
-        await self._reply(send, reply)
+        await _reply(send, reply)
 
     # -- fast paths ------------------------------------------------------------------------
 
-    async def _status(self, text: str, send: Send) -> None:
+    async def _status(self, text: str, send: Send) -> int:
         try:
             reply = api.get_task(self.engine, api.parse_id(text))
         except EngineError as error:
             reply = api.engine_problem(self.engine, error)
         except api.BadRequest as error:
             reply = api.problem(error.status, error.title, error.detail)
-        await self._reply(send, reply)
+        return await self._answer(send, reply)
 
-    async def _submit(self, receive: Receive, send: Send) -> None:
+    async def _submit(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body:
+                raise BodyTooLarge
             body = await self._read_body(receive)
             reply = await api.submit(self.engine, body)
         except EngineError as error:
@@ -119,7 +128,21 @@ class Gateway:
             reply = api.problem(error.status, error.title, error.detail)
         except BodyTooLarge:
             reply = _too_large(self.max_body)
-        await self._reply(send, reply)
+        return await self._answer(send, reply)
+
+    async def _answer(self, send: Send, reply: api.Reply) -> int:
+        """Send `reply` with the instance header; its status."""
+        body = reply.body
+        headers = [
+            _CONTENT_TYPES.get(reply.content_type) or _content_type(reply.content_type),
+            (b"content-length", b"%d" % len(body)),
+            (INSTANCE_HEADER, self.instance),
+        ]
+        if reply.headers:
+            headers += [(name.encode(), value.encode()) for name, value in reply.headers]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return reply.status
 
     async def _read_body(self, receive: Receive) -> bytes:
         chunks: list[bytes] = []
@@ -147,15 +170,22 @@ class Gateway:
                 return hmac.compare_digest(value, self.token)
         return False
 
-    @staticmethod
-    async def _reply(send: Send, reply: api.Reply) -> None:
-        headers = [
-            (b"content-type", reply.content_type.encode()),
-            (b"content-length", str(len(reply.body)).encode()),
-        ]
-        headers += [(name.encode(), value.encode()) for name, value in reply.headers]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+
+async def _reply(send: Send, reply: api.Reply) -> None:
+    headers = [
+        _CONTENT_TYPES.get(reply.content_type) or _content_type(reply.content_type),
+        (b"content-length", b"%d" % len(reply.body)),
+    ]
+    headers += [(name.encode(), value.encode()) for name, value in reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def _content_type(media_type: str) -> tuple[bytes, bytes]:
+    return (b"content-type", media_type.encode())
+
+
+_CONTENT_TYPES = {kind: _content_type(kind) for kind in (api.JSON, api.PROBLEM)}
 
 
 def _content_length(scope: Scope) -> int | None:
