@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@# as an installed package would be: the command starts from bytecode, not source
+	$(BIN)/python -m compileall -q src > /dev/null
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from types import TracebackType
-from typing import Any, NoReturn, Protocol
 
 from worktask import __version__
 from worktask.client import (
@@ -95,17 +94,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-class _Progress(Protocol):
-    def __enter__(self) -> _Progress: ...
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, without its import of shutil (milliseconds) for the width."""
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None: ...
+    def __init__(self, prog: str) -> None:
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns - 2
+        except (OSError, ValueError):
+            width = 78
+        super().__init__(prog, width=max(width, 40))
 
-    def update(self, info: TaskInfo) -> None: ...
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+
+if TYPE_CHECKING:  # typing costs milliseconds at every start; annotations only need it here
+    from typing import Any, NoReturn, Protocol
+
+    class _Progress(Protocol):
+        def __enter__(self) -> _Progress: ...
+
+        def __exit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> None: ...
+
+        def update(self, info: TaskInfo) -> None: ...
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worktask",
         description="Submit tasks to a worktask server and fetch their status and results.",
         epilog=f"{_EXAMPLES}\n\n{_EXIT_HELP}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument(
         "--server",
@@ -166,7 +181,7 @@ def _command(
         help=summary,
         description=summary,
         epilog=f"examples:\n{examples}\n\n{_EXIT_HELP}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     # Also after the command, where people type it; SUPPRESS keeps a global --json standing.
     command.add_argument(

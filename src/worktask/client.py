@@ -40,10 +40,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from worktask import __version__
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
+
+if TYPE_CHECKING:  # typing costs milliseconds at every start of the command
+    from typing import Any
 
 __all__ = [
     "DEFAULT_URL",
