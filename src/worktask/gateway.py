@@ -8,10 +8,11 @@ response objects cost more than the work itself there.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from typing import Any, cast
 
 from worktask import api
 from worktask.engine import Engine
@@ -64,10 +65,16 @@ class Gateway:
         method: str = scope["method"]
         if self.token is None or self._authorized(scope, path):
             # the fast paths answer with headers that already carry the instance
-            if method == "GET" and path.startswith("/tasks/") and path.find("/", 7) < 0:
-                status = await self._status(path[7:], send)
-                self.metrics.observe_request(path, method, status, started)
-                return
+            if method == "GET" and path.startswith("/tasks/"):
+                slash = path.find("/", 7)
+                if slash < 0:
+                    status = await self._status(path[7:], send)
+                    self.metrics.observe_request(path, method, status, started)
+                    return
+                if path.endswith("/events") and slash == len(path) - 7:
+                    status = await self._events(path[7:slash], receive, send)
+                    self.metrics.observe_request(path, method, status, started)
+                    return
             if method == "POST" and path == "/tasks":
                 status = await self._submit(scope, receive, send)
                 self.metrics.observe_request(path, method, status, started)
@@ -115,6 +122,44 @@ class Gateway:
         except api.BadRequest as error:
             reply = api.problem(error.status, error.title, error.detail)
         return await self._answer(send, reply)
+
+    async def _events(self, text: str, receive: Receive, send: Send) -> int:
+        """`api.task_events` as a stream, without a framework response around it: a waiter
+        then costs a coroutine and a task watching for the client leaving, no more."""
+        try:
+            task = self.engine.get(api.parse_id(text))
+        except EngineError as error:
+            return await self._answer(send, api.engine_problem(self.engine, error))
+        except api.BadRequest as error:
+            return await self._answer(send, api.problem(error.status, error.title, error.detail))
+        headers = [*_EVENT_HEADERS, (INSTANCE_HEADER, self.instance)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        gone = asyncio.get_running_loop().create_task(_until_disconnect(receive))
+        gone.add_done_callback(lambda _: finished or streaming.cancel())
+        finished = False
+        chunks = cast(AsyncGenerator[bytes, None], api.task_events(self.engine, task))
+        try:
+            async for chunk in chunks:
+                # the stream's last event and its end go out in one write: nothing can change
+                # between the generator's yield and this check
+                more = chunk is api.KEEPALIVE or not (task.status.final or self.engine.closing)
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    break
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finished = True
+        except asyncio.CancelledError:
+            if not gone.done() or gone.cancelled():
+                raise  # the server is stopping, not the client leaving
+            streaming.uncancel()
+        finally:
+            finished = True
+            gone.cancel()
+            await chunks.aclose()
+        return 200
 
     async def _submit(self, scope: Scope, receive: Receive, send: Send) -> int:
         try:
@@ -180,6 +225,18 @@ async def _reply(send: Send, reply: api.Reply) -> None:
     headers += [(name.encode(), value.encode()) for name, value in reply.headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+_EVENT_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
 
 
 def _content_type(media_type: str) -> tuple[bytes, bytes]:
