@@ -377,6 +377,12 @@ def wrk(
 
 
 def bench_get(rows: dict[str, Figure], reference: Process) -> None:
+    rows[
+        "get_rps"
+    ].note = (
+        f"wrk -t1 -c{CONNECTIONS}, {WRK_SECONDS} s per run, on a running task (--delay-scale 100)"
+    )
+    rows["get_p99"].note = "the same wrk runs"
     with real_server(delay_scale=100) as server:
         task = call(server, "POST", "/tasks", {"type": 3, "data": "hello world"})
         url = f"{server.url}/tasks/{task['id']}"
