@@ -26,7 +26,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from types import TracebackType
 
 from worktask import __version__
@@ -352,7 +351,7 @@ def _list(client: Client, args: argparse.Namespace) -> None:
 def _types(client: Client, args: argparse.Namespace) -> None:
     types = client.types()
     if args.json:
-        _print_json({"types": [asdict(kind) for kind in types]})
+        _print_json({"types": [kind.as_dict() for kind in types]})
         return
     for kind in types:
         _print(f"{kind.code}  {kind.name:<8}  {kind.duration_seconds:g} s  {kind.description}")

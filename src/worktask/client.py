@@ -36,7 +36,6 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
@@ -91,23 +90,77 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.DONE, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
+class _Record:
+    """A record with equality, a repr and `as_dict` over its `__slots__`.
+
+    Not a dataclass: `dataclasses` imports `inspect`, which costs the command milliseconds
+    at every start.
+    """
+
+    __slots__: tuple[str, ...] = ()
+    __hash__ = None  # type: ignore[assignment]  # records compare by value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class TaskInfo(_Record):
     """A task's state as the server reported it."""
 
-    id: int
-    type: str
-    code: int
-    status: TaskStatus
-    position: int | None = None  # only while queued; 1 runs next
-    eta_seconds: float | None = None  # seconds until it finishes, while queued or running
-    progress: float | None = None  # 0..1, while running
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_seconds: float | None = None  # the simulated duration of this task
-    error: str | None = None
-    data_preview: str = ""
+    __slots__ = (  # noqa: RUF023 - the status object's order, kept by as_dict and repr
+        "id",
+        "type",
+        "code",
+        "status",
+        "position",
+        "eta_seconds",
+        "progress",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration_seconds",
+        "error",
+        "data_preview",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: int,
+        type: str,
+        code: int,
+        status: TaskStatus,
+        position: int | None = None,  # only while queued; 1 runs next
+        eta_seconds: float | None = None,  # seconds until it finishes, while queued or running
+        progress: float | None = None,  # 0..1, while running
+        created_at: datetime | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        duration_seconds: float | None = None,  # the simulated duration of this task
+        error: str | None = None,
+        data_preview: str = "",
+    ) -> None:
+        self.id = id
+        self.type = type
+        self.code = code
+        self.status = status
+        self.position = position
+        self.eta_seconds = eta_seconds
+        self.progress = progress
+        self.created_at = created_at
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.duration_seconds = duration_seconds
+        self.error = error
+        self.data_preview = data_preview
 
     @classmethod
     def from_json(cls, data: Any) -> TaskInfo:
@@ -130,7 +183,7 @@ class TaskInfo:
 
     def to_json(self) -> dict[str, Any]:
         """The status object, as the server sends it."""
-        data = asdict(self)
+        data = self.as_dict()
         data["status"] = self.status.value
         for name in ("created_at", "started_at", "finished_at"):
             data[name] = _rfc3339(data[name])
@@ -149,14 +202,18 @@ class TaskInfo:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-@dataclass(frozen=True, slots=True)
-class TaskType:
+class TaskType(_Record):
     """A kind of task the server can run."""
 
-    code: int
-    name: str
-    description: str = ""
-    duration_seconds: float = 0.0  # as this server runs it, after its --delay-scale
+    __slots__ = ("code", "name", "description", "duration_seconds")  # noqa: RUF023 - as served
+
+    def __init__(
+        self, *, code: int, name: str, description: str = "", duration_seconds: float = 0.0
+    ) -> None:
+        self.code = code
+        self.name = name
+        self.description = description
+        self.duration_seconds = duration_seconds  # as this server runs it, after --delay-scale
 
     @classmethod
     def from_json(cls, data: Any) -> TaskType:
