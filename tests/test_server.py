@@ -124,3 +124,26 @@ def test_sigterm_mid_task_exits_zero_within_two_seconds(start_server: StartServe
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=5) == 0
     assert time.monotonic() - started < 2.0
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes and read until the server closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_status_request_with_a_body_or_http_1_0_is_answered(start_server: StartServer) -> None:
+    server = start_server()
+    with_body = exchange(
+        server.port,
+        b"GET /tasks/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    assert with_body.startswith(b"HTTP/1.1 404 ") and b"no task with id 1" in with_body
+    old = exchange(server.port, b"GET /tasks/1 HTTP/1.0\r\n\r\n")
+    assert b" 404 " in old.split(b"\r\n")[0] and b"application/problem+json" in old

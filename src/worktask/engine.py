@@ -391,6 +391,8 @@ class Engine:
         self._next_ahead -= task.duration
 
     def _finish(self, task: Task, status: TaskStatus) -> None:
+        if task is self._running:
+            self._running = None  # at once, not when the executor next wakes
         task.status = status
         task.finished_at = self.clock()
         if status is not TaskStatus.DONE:

@@ -18,7 +18,6 @@ from worktask import api
 from worktask.engine import Engine
 from worktask.exceptions import EngineError
 from worktask.metrics import Metrics
-from worktask.protocol import GuardedHttpToolsProtocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -180,7 +179,7 @@ class Gateway:
         """Send `reply` with the instance header; its status."""
         body = reply.body
         headers = [
-            _CONTENT_TYPES.get(reply.content_type) or _content_type(reply.content_type),
+            content_type(reply.content_type),
             (b"content-length", b"%d" % len(body)),
             (INSTANCE_HEADER, self.instance),
         ]
@@ -219,7 +218,7 @@ class Gateway:
 
 async def _reply(send: Send, reply: api.Reply) -> None:
     headers = [
-        _CONTENT_TYPES.get(reply.content_type) or _content_type(reply.content_type),
+        content_type(reply.content_type),
         (b"content-length", b"%d" % len(reply.body)),
     ]
     headers += [(name.encode(), value.encode()) for name, value in reply.headers]
@@ -243,7 +242,12 @@ def _content_type(media_type: str) -> tuple[bytes, bytes]:
     return (b"content-type", media_type.encode())
 
 
-_CONTENT_TYPES = {kind: _content_type(kind) for kind in (api.JSON, api.PROBLEM)}
+def content_type(media_type: str) -> tuple[bytes, bytes]:
+    """The content-type header, made once for the usual types."""
+    return CONTENT_TYPES.get(media_type) or _content_type(media_type)
+
+
+CONTENT_TYPES = {kind: _content_type(kind) for kind in (api.JSON, api.PROBLEM)}
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -263,81 +267,3 @@ def _unauthorized() -> api.Reply:
 
 def _too_large(limit: int) -> api.Reply:
     return api.problem(413, "Request too large", f"the body exceeds the limit of {limit} bytes")
-
-
-class FastPathProtocol(GuardedHttpToolsProtocol):
-    """uvicorn's protocol answering `GET /tasks/{id}` itself, in one write, without ASGI.
-
-    Not wired in by default: `server.py` would pass `FastPathProtocol` with `gateway=` in place
-    of `GuardedHttpToolsProtocol`. Everything else (and this path with a token or past the
-    connection limit) goes through uvicorn and the Gateway as before.
-    """
-
-    def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.gateway = gateway
-        self.fast_id: str | None = None
-
-    def on_headers_complete(self) -> None:
-        self.fast_id = None
-        url = self.url
-        if (
-            self.gateway.token is None
-            and url.startswith(b"/tasks/")
-            and url.find(b"/", 7) < 0
-            and url.find(b"?", 7) < 0
-            and url.find(b"%", 7) < 0
-            and self.parser.get_method() == b"GET"
-            and (self.cycle is None or self.cycle.response_complete)
-            and (self.connection_limit is None or len(self.connections) < self.connection_limit)
-            and not self.flow.write_paused  # a reader that lags gets uvicorn's flow control
-        ):
-            self.fast_id = url[7:].decode("latin-1")
-            return
-        # a fast answer earlier in the same read armed the keep-alive timer: not for this one
-        self._unset_keepalive_if_required()
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        text = self.fast_id
-        if text is None:
-            super().on_message_complete()
-            return
-        self._disarm()
-        self.fast_id = None
-        started = time.perf_counter()
-        gateway = self.gateway
-        try:
-            reply = api.get_task(gateway.engine, api.parse_id(text))
-        except EngineError as error:
-            reply = api.engine_problem(gateway.engine, error)
-        except api.BadRequest as error:
-            reply = api.problem(error.status, error.title, error.detail)
-        keep_alive = self.parser.should_keep_alive()
-        head = [_STATUS_LINES.get(reply.status) or b"HTTP/1.1 %d \r\n" % reply.status]
-        for name, value in self.server_state.default_headers:
-            head += [name, b": ", value, b"\r\n"]
-        content_type = _CONTENT_TYPES.get(reply.content_type) or _content_type(reply.content_type)
-        head += [
-            b"content-type: ",
-            content_type[1],
-            b"\r\ncontent-length: %d\r\n" % len(reply.body),
-            INSTANCE_HEADER,
-            b": ",
-            gateway.instance,
-            b"\r\n" if keep_alive else b"\r\nconnection: close\r\n",
-            b"\r\n",
-            reply.body,
-        ]
-        self.transport.write(b"".join(head))
-        gateway.metrics.observe_request("/tasks/{id}", "GET", reply.status, started)
-        if not keep_alive:
-            self.transport.close()
-        self.on_response_complete()
-
-
-_STATUS_LINES = {
-    200: b"HTTP/1.1 200 OK\r\n",
-    404: b"HTTP/1.1 404 Not Found\r\n",
-    410: b"HTTP/1.1 410 Gone\r\n",
-}

@@ -22,7 +22,7 @@ from worktask.api import create_app
 from worktask.engine import Engine
 from worktask.gateway import Gateway
 from worktask.metrics import Metrics
-from worktask.protocol import GuardedHttpToolsProtocol
+from worktask.protocol import FastPathProtocol
 from worktask.settings import Settings
 
 log = logging.getLogger("worktask")
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = _raise_file_limit()
     gateway, engine = build(settings)
     protocol = functools.partial(
-        GuardedHttpToolsProtocol,
+        FastPathProtocol,
+        gateway=gateway,
         request_timeout=settings.timeout_request or 1e9,
         busy_app=gateway.busy,
     )
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_keep_alive=settings.timeout_keep_alive,
         timeout_graceful_shutdown=1,
         server_header=False,
+        proxy_headers=False,  # nothing stands in front: no proxy headers to trust or parse
         log_config=None,
     )
     server = Server(config, engine)
