@@ -147,3 +147,24 @@ def test_status_request_with_a_body_or_http_1_0_is_answered(start_server: StartS
     assert with_body.startswith(b"HTTP/1.1 404 ") and b"no task with id 1" in with_body
     old = exchange(server.port, b"GET /tasks/1 HTTP/1.0\r\n\r\n")
     assert b" 404 " in old.split(b"\r\n")[0] and b"application/problem+json" in old
+
+
+def test_submissions_of_every_shape_are_answered_alike(start_server: StartServer) -> None:
+    server = start_server(scale=1.0)
+    short = json.dumps({"type": 1, "data": "abc"}).encode()
+    long = json.dumps({"type": 1, "data": "я" * 3000}).encode()
+    head = b"POST /tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(short), short)
+    answers = [
+        exchange(server.port, head + b"Content-Length: %d\r\n\r\n%s" % (len(short), short)),
+        exchange(server.port, head + b"Content-Length: %d\r\n\r\n%s" % (len(long), long)),
+        exchange(server.port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked),
+        exchange(server.port, head + b"Content-Length: 3\r\n\r\n{{{"),
+        exchange(server.port, head + b'Content-Length: 21\r\n\r\n{"type":9,"data":"x"}'),
+    ]
+    firsts = [answer.split(b"\r\n")[0] for answer in answers]
+    assert firsts[:3] == [b"HTTP/1.1 201 Created"] * 3
+    assert [b"location: /tasks/%d" % n in answers[n - 1] for n in (1, 2, 3)] == [True] * 3
+    assert firsts[3].startswith(b"HTTP/1.1 400 ") and b"not valid JSON" in answers[3]
+    assert firsts[4].startswith(b"HTTP/1.1 422 ") and b"valid types" in answers[4]
+    assert all(b"x-worktask-instance: " in answer for answer in answers)

@@ -31,7 +31,7 @@ from worktask.tasktypes import TaskType
 
 log = logging.getLogger("worktask")
 
-_INLINE_CHARS = 2_000  # data up to this length is transformed on the event loop itself
+INLINE_CHARS = 2_000  # data up to this length is measured and transformed on the event loop
 _TOMBSTONES = 100_000  # evicted ids whose finishing time is remembered for the 410 detail
 
 
@@ -223,16 +223,22 @@ class Engine:
     async def submit(self, type_: object, data: object) -> Task:
         """Validate and queue a task; InvalidTask or QueueFull if it cannot be accepted."""
         kind, text = self._validate(type_, data)
-        if len(text) <= _INLINE_CHARS:
-            length = kind.result_length(text)
-        else:  # segmenting a long text takes milliseconds: not on the event loop
-            length = await asyncio.to_thread(kind.result_length, text)
-        self._check_result(kind, text, length)
-        size = sys.getsizeof(text)
-        self._check_room(size)
-        return self._enqueue(kind, text, size)
+        if len(text) <= INLINE_CHARS:
+            return self._accept(kind, text, kind.result_length(text))
+        # segmenting a long text takes milliseconds: not on the event loop
+        return self._accept(kind, text, await asyncio.to_thread(kind.result_length, text))
 
-    def _enqueue(self, kind: TaskType, data: str, size: int) -> Task:
+    def submit_now(self, type_: object, data: object) -> Task:
+        """`submit` without awaiting, for data of at most INLINE_CHARS characters."""
+        kind, text = self._validate(type_, data)
+        if len(text) > INLINE_CHARS:
+            raise ValueError(f"data over {INLINE_CHARS} characters needs `submit`")
+        return self._accept(kind, text, kind.result_length(text))
+
+    def _accept(self, kind: TaskType, data: str, result_length: int) -> Task:
+        self._check_result(kind, data, result_length)
+        size = sys.getsizeof(data)
+        self._check_room(size)
         duration = self.settings.scaled(kind.duration)
         task = Task(self._next_id, kind, data, duration, self.clock(), size=size)
         task.ordinal, task.ahead = self._next_ordinal, self._next_ahead
@@ -363,7 +369,7 @@ class Engine:
     async def _execute(self, task: Task) -> None:
         assert task.started_at is not None
         try:
-            if len(task.data) > _INLINE_CHARS:
+            if len(task.data) > INLINE_CHARS:
                 result = await asyncio.to_thread(task.type.run, task.data)
             else:
                 result = task.type.run(task.data)
