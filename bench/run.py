@@ -3,8 +3,7 @@
 The real server runs as users run it (`python -m worktask.server`: one process, uvloop,
 httptools, no access log) pinned to core 0; wrk and the Python clients run on core 1. Each
 figure is the median of 3 runs. The table goes to stdout and, with the machine and the
-versions, to `bench/results.json`; `bench/README-performance.md` gets the same table in
-markdown for the README.
+versions, to `bench/results.json`, and in markdown to the README's Performance section.
 
 Run: `make bench` (or `.venv/bin/python bench/run.py [--quick]`).
 """
@@ -794,6 +793,19 @@ def markdown(rows: dict[str, Figure], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+README = BENCH.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_readme(section: str) -> None:
+    """Put the table of this run between the README's bench markers."""
+    text = README.read_text()
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        README.write_text(f"{before}{START}\n{section}{END}{after}")
+
+
 def guarded(rows: dict[str, Figure], names: Sequence[str], step: Callable[[], None]) -> None:
     started = time.monotonic()
     try:
@@ -855,7 +867,7 @@ def main() -> int:
     if only is None:
         results = {"machine": info, "figures": [row.as_dict() for row in rows.values()]}
         (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (BENCH / "README-performance.md").write_text(markdown(rows, info))
+        update_readme(markdown(rows, info))
     return 1 if any(row.error for row in rows.values()) else 0
 
 
