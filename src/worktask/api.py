@@ -1,8 +1,10 @@
 """The HTTP API: validate the request, call the engine, shape the answer.
 
 Every error is an RFC 9457 problem (`application/problem+json`). The routes that clients
-call most (`GET /tasks/{id}`, `POST /tasks`) are plain functions from the request to a
-`Reply`, so that the gateway in `worktask.gateway` can serve them without the framework.
+call most (`GET /tasks/{id}`, `POST /tasks`, `GET /tasks/{id}/events`) are plain functions
+from the request to a `Reply` or a stream, so that the protocol (`worktask.protocol`) and the
+gateway (`worktask.gateway`) can answer them before the framework; their FastAPI routes here
+call the same functions, and describe them in the OpenAPI document.
 """
 
 from __future__ import annotations
