@@ -91,7 +91,14 @@ def test_options_come_from_the_environment() -> None:
 
 
 def test_bad_option_is_a_usage_error() -> None:
-    for args, env in [(["--port", "x"], {}), ([], {"WORKTASK_DELAY_SCALE": "fast"})]:
+    cases: list[tuple[list[str], dict[str, str]]] = [
+        (["--port", "x"], {}),
+        (["--delay-scale", "nan"], {}),
+        (["--max-queue", "-1"], {}),
+        ([], {"WORKTASK_DELAY_SCALE": "fast"}),
+        ([], {"WORKTASK_RESULT_TTL": "inf"}),
+    ]
+    for args, env in cases:
         result = subprocess.run(
             [sys.executable, "-m", "worktask.server", *args],
             env=clean_env(**env),

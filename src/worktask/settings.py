@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -40,8 +41,10 @@ class Settings:
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+        if not 0 <= value < math.inf:  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: must be zero or more, and finite"
+            )
         return value
 
     parse.__name__ = kind.__name__
@@ -122,7 +125,7 @@ def _from_env(cli: argparse.ArgumentParser, name: str, kind: str, raw: str) -> A
             return raw.lower() in ("1", "true", "yes", "on")
         if kind in ("int", "float"):
             value = int(raw) if kind == "int" else float(raw)
-            if value < 0:
+            if not 0 <= value < math.inf:
                 raise ValueError(raw)
             return value
     except ValueError:
