@@ -23,6 +23,7 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from worktask import __version__, schemas, tasktypes
@@ -273,7 +274,7 @@ def create_app(engine: Engine, render_metrics: Callable[[], bytes] | None = None
         yield
         await engine.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # the docs' scripts ship with it: /docs works with no internet
         title="worktask",
         version=__version__,
         summary="Tasks run one at a time, in order of arrival; clients ask for status and result.",

@@ -28,7 +28,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 INSTANCE = "x-worktask-instance"
 INSTANCE_HEADER = INSTANCE.encode()
 _OPEN_PATHS = ("/healthz",)  # answered without a token
-_OPEN_PREFIXES = ("/ui/",)  # the dashboard's static files carry no data
+_OPEN_PREFIXES = ("/ui/", "/static-offline-docs/")  # the pages' static files carry no data
 
 
 class BodyTooLarge(Exception):
