@@ -772,7 +772,8 @@ def markdown(rows: dict[str, Figure], info: dict[str, Any]) -> str:
         "## Performance",
         "",
         "`make bench` starts the server as users run it (one process, uvloop, httptools, no "
-        "access log) pinned to one core, drives it from the other core with `wrk` and small "
+        "access log; `--log-level warning`, since the lifecycle log writes lines per task) "
+        "pinned to one core, drives it from the other core with `wrk` and small "
         "asyncio clients, and prints every figure as the median of 3 runs beside a reference "
         "measured in the same run: a ~50-line HTTP/1.1 server on asyncio's Protocol with "
         "httptools and uvloop, answering with the same bytes (`bench/reference.py`), or "
