@@ -314,7 +314,7 @@ class Engine:
 
     def _check_room(self, size: int) -> None:
         if len(self._queue) >= self.settings.max_queue:
-            why = f"the queue holds {len(self._queue)} tasks, its limit"
+            why = f"the queue is full ({len(self._queue)} queued, --max-queue)"
         elif self._queued_bytes + size > self.settings.max_queue_mb * 1_000_000:
             why = f"the queued data fills its budget of {self.settings.max_queue_mb:g} MB"
         else:
