@@ -106,6 +106,13 @@ def engine_problem(engine: Engine, error: EngineError) -> Reply:
     return reply
 
 
+def error_reply(engine: Engine, error: EngineError | BadRequest) -> Reply:
+    """The problem for an error a request caused, from the engine or from its own shape."""
+    if isinstance(error, EngineError):
+        return engine_problem(engine, error)
+    return problem(error.status, error.title, error.detail)
+
+
 def to_response(reply: Reply) -> Response:
     return Response(reply.body, reply.status, dict(reply.headers), reply.content_type)
 
@@ -298,7 +305,7 @@ def _add_error_handlers(app: FastAPI, engine: Engine) -> None:
 
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, error: BadRequest) -> Response:
-        return to_response(problem(error.status, error.title, error.detail))
+        return to_response(error_reply(engine, error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> Response:

@@ -25,8 +25,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-INSTANCE = "x-worktask-instance"
-INSTANCE_HEADER = INSTANCE.encode()
+
+INSTANCE_HEADER = b"x-worktask-instance"
 _OPEN_PATHS = ("/healthz",)  # answered without a token
 _OPEN_PREFIXES = ("/ui/", "/static-offline-docs/")  # the pages' static files carry no data
 
@@ -107,19 +107,16 @@ class Gateway:
     async def busy(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The answer to a request beyond the connection limit."""
         reply = api.problem(503, "Server busy", "too many connections; retry in a second")
-        instance = self.instance.decode()
-        reply.headers = (("retry-after", "1"), ("connection", "close"), (INSTANCE, instance))
-        await _reply(send, reply)
+        reply.headers = (("retry-after", "1"), ("connection", "close"))
+        await self._answer(send, reply)
 
     # -- fast paths ------------------------------------------------------------------------
 
     async def _status(self, text: str, send: Send) -> int:
         try:
             reply = api.get_task(self.engine, api.parse_id(text))
-        except EngineError as error:
-            reply = api.engine_problem(self.engine, error)
-        except api.BadRequest as error:
-            reply = api.problem(error.status, error.title, error.detail)
+        except (EngineError, api.BadRequest) as error:
+            reply = api.error_reply(self.engine, error)
         return await self._answer(send, reply)
 
     async def _events(self, text: str, receive: Receive, send: Send) -> int:
@@ -127,10 +124,8 @@ class Gateway:
         then costs a coroutine and a task watching for the client leaving, no more."""
         try:
             task = self.engine.get(api.parse_id(text))
-        except EngineError as error:
-            return await self._answer(send, api.engine_problem(self.engine, error))
-        except api.BadRequest as error:
-            return await self._answer(send, api.problem(error.status, error.title, error.detail))
+        except (EngineError, api.BadRequest) as error:
+            return await self._answer(send, api.error_reply(self.engine, error))
         headers = [*_EVENT_HEADERS, (INSTANCE_HEADER, self.instance)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         streaming = asyncio.current_task()
@@ -167,26 +162,15 @@ class Gateway:
                 raise BodyTooLarge
             body = await self._read_body(receive)
             reply = await api.submit(self.engine, body)
-        except EngineError as error:
-            reply = api.engine_problem(self.engine, error)
-        except api.BadRequest as error:
-            reply = api.problem(error.status, error.title, error.detail)
+        except (EngineError, api.BadRequest) as error:
+            reply = api.error_reply(self.engine, error)
         except BodyTooLarge:
             reply = _too_large(self.max_body)
         return await self._answer(send, reply)
 
     async def _answer(self, send: Send, reply: api.Reply) -> int:
-        """Send `reply` with the instance header; its status."""
-        body = reply.body
-        headers = [
-            content_type(reply.content_type),
-            (b"content-length", b"%d" % len(body)),
-            (INSTANCE_HEADER, self.instance),
-        ]
-        if reply.headers:
-            headers += [(name.encode(), value.encode()) for name, value in reply.headers]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        """Send `reply` with the instance header (no wrapper adds it here); its status."""
+        await _reply(send, reply, (INSTANCE_HEADER, self.instance))
         return reply.status
 
     async def _read_body(self, receive: Receive) -> bytes:
@@ -216,11 +200,9 @@ class Gateway:
         return False
 
 
-async def _reply(send: Send, reply: api.Reply) -> None:
-    headers = [
-        content_type(reply.content_type),
-        (b"content-length", b"%d" % len(reply.body)),
-    ]
+async def _reply(send: Send, reply: api.Reply, *extra: tuple[bytes, bytes]) -> None:
+    headers = [content_type(reply.content_type), (b"content-length", b"%d" % len(reply.body))]
+    headers += extra
     headers += [(name.encode(), value.encode()) for name, value in reply.headers]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})

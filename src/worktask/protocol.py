@@ -135,10 +135,8 @@ class FastPathProtocol(GuardedHttpToolsProtocol):
         started = time.perf_counter()
         try:
             reply = answer()
-        except EngineError as error:
-            reply = api.engine_problem(self.gateway.engine, error)
-        except api.BadRequest as error:
-            reply = api.problem(error.status, error.title, error.detail)
+        except (EngineError, api.BadRequest) as error:
+            reply = api.error_reply(self.gateway.engine, error)
         self._write(reply)
         self.gateway.metrics.observe_request(self.fast_route, self.method, reply.status, started)
         self.on_response_complete()
